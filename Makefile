@@ -1,0 +1,25 @@
+# Two commands work on a fresh machine: `make demo` and `make test`. Both create the project-local
+# virtual environment (.venv) on first use and reinstall only when the dependency files change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgebind-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[export,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgebind demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
