@@ -19,6 +19,7 @@ from ..errors import EdgebindError, MissingDependencyError
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "download": "download",
+    "calibrate": "calibrate",
 }
 
 
