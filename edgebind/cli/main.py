@@ -19,6 +19,7 @@ from ..errors import EdgebindError, MissingDependencyError
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "download": "download",
+    "export": "export",
     "calibrate": "calibrate",
 }
 
@@ -30,6 +31,8 @@ def _configure_logging(verbosity: int) -> None:
     root = logging.getLogger("edgebind")
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Some dependencies (onnxruntime.quantization) configure the root logger; do not print our records twice.
+    root.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:

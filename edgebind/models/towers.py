@@ -184,7 +184,9 @@ class TextHead(nn.Module):
 
     def forward(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         index = eot_index.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        return self.proj(torch.gather(x, 1, index).squeeze(1))
+        # [:, 0] rather than squeeze(1): the TorchScript exporter turns a squeeze of a symbolic dim into an If
+        # node, which FP16 conversion and TensorRT handle badly.
+        return self.proj(torch.gather(x, 1, index)[:, 0])
 
 
 @dataclass
