@@ -90,23 +90,38 @@ _SKIMAGE_IMAGES = {
     "chelsea": "CC0 (photographer Stefan van der Walt)",
     "coffee": "CC0 (photographer Rachel Michetti)",
     "rocket": "public domain (SpaceX)",
+    "hubble_deep_field": "public domain (NASA)",
+    "immunohistochemistry": "no known copyright restrictions (per skimage docstring)",
+    "retina": "CC0 1.0 (per skimage docstring)",
+}
+# Grayscale photos, replicated to RGB (the reference converts with PIL's convert("RGB"), which does the same).
+_SKIMAGE_GRAY_IMAGES = {
+    "camera": "CC0 (photographer Lav Varshney)",
+    "coins": "no known copyright restrictions (per skimage docstring)",
+    "clock": "public domain (photographer Stefan van der Walt)",
+    "brick": "CC0 (CC0Textures, per skimage docstring)",
+    "grass": "CC0 (CC0Textures, per skimage docstring)",
+    "gravel": "CC0 (CC0Textures, per skimage docstring)",
+    "cell": "CC0 (per skimage docstring)",
+    "text": "public domain (per skimage docstring)",
 }
 
 
 def sample_images() -> dict[str, ImageSample]:
-    """Real photographs from scikit-image: astronaut, chelsea, coffee, rocket (RGB) and camera (gray -> RGB)."""
+    """Real photographs from scikit-image: 7 RGB photos and 8 grayscale ones replicated to RGB (15 in all)."""
     data = require("skimage.data", extra="dev", purpose="sample images")
     source = _version("scikit-image")
     out: dict[str, ImageSample] = {}
     for name, licence in _SKIMAGE_IMAGES.items():
         provenance = Provenance(source, f"skimage.data.{name}()", licence)
         out[name] = ImageSample(np.ascontiguousarray(getattr(data, name)()), provenance)
-    gray = data.camera()
-    out["camera"] = ImageSample(
-        np.repeat(gray[..., None], 3, axis=-1),
-        Provenance(source, "skimage.data.camera()", "CC0 (photographer Lav Varshney)",
-                   note="grayscale photo converted to RGB by replicating the channel"),
-    )
+    for name, licence in _SKIMAGE_GRAY_IMAGES.items():
+        gray = getattr(data, name)()
+        out[name] = ImageSample(
+            np.repeat(gray[..., None], 3, axis=-1),
+            Provenance(source, f"skimage.data.{name}()", licence,
+                       note="grayscale photo converted to RGB by replicating the channel"),
+        )
     return out
 
 

@@ -26,7 +26,10 @@ def _check_provenance(p: samples.Provenance, kind: str) -> None:
 
 def test_sample_images_are_real_rgb_photos():
     images = samples.sample_images()
-    assert set(images) == {"astronaut", "chelsea", "coffee", "rocket", "camera"}
+    assert set(images) == {
+        "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+        "camera", "coins", "clock", "brick", "grass", "gravel", "cell", "text",
+    }
     for name, (img, prov) in images.items():
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
         assert img.std() > 20, name  # a photo, not a flat placeholder

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "download": "download",
     "export": "export",
+    "labels": "labels",
     "calibrate": "calibrate",
 }
 

@@ -31,6 +31,7 @@ from ..bundle.schema import RANDOM_INIT
 from ..errors import ConfigError, ExportError
 from ..modality import Modality
 from . import checks
+from .graph_fold import fold_weight_only_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def _tower_provenance(config: Any, opset: int, video: bool) -> dict[str, Any]:
 def _trace(tower: Any, inputs: np.ndarray, path: Path, in_spec: TensorSpec, opset: int) -> None:
     torch = require("torch", extra="export", purpose="ONNX export")
     path.parent.mkdir(parents=True)
-    example = torch.from_numpy(np.ascontiguousarray(inputs[:2]))  # >1 row, so no size-1 batch gets baked in
+    example = torch.from_numpy(np.array(inputs[:2]))  # >1 row, so no size-1 batch gets baked in
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter announces its deprecation on every call.
@@ -226,6 +227,7 @@ def _save_consolidated(traced: Path, staged: Path, threshold: int, out_spec: Ten
     onnx = require("onnx", extra="export", purpose="ONNX export")
     proto = onnx.load(str(traced))  # also pulls in any per-tensor files the exporter wrote
     _pin_output_dims(proto, out_spec)
+    fold_weight_only_nodes(proto)
     staged.parent.mkdir(parents=True)
     weight_bytes = _tensor_bytes(proto)
     if weight_bytes <= threshold:

@@ -127,8 +127,10 @@ def run_export(config: ExportConfig, *, progress: bool = True) -> ExportResult:
                     f"{precision} for the {m.value} tower needs calibration/validation data for {m.value}; "
                     f"the calibration set has {[x.value for x in calib.modalities] if calib else 'none'}"
                 )
-            manifest = _derive(manifest, m, precision, config, calib, built, fresh, progress)
-            save_manifest(manifest, config.out_dir)
+            updated = _derive(manifest, m, precision, config, calib, built, fresh, progress)
+            if updated != manifest:
+                manifest = updated
+                save_manifest(manifest, config.out_dir)
     return ExportResult(manifest, config.out_dir, None if calib is None else calib.path, built, fresh)
 
 
@@ -217,6 +219,7 @@ def _fp16(src: Path, dst: Path, val: list[dict[str, np.ndarray]], config: Export
 
     with _published_only_if(dst) as staged:
         record = convert_fp16(src, staged, val_feeds=val)
+        _check_runs(staged, val[0], dst.name)
         fid = record["fidelity"]
         if not fid["mean_cosine"] >= config.fp16_min_mean_cosine:
             raise ExportError(
@@ -258,10 +261,25 @@ def _int8(src: Path, out_dir: Path, files: dict[str, str], input_name: str, cali
             latency = compare_latency({"fp32": src, "int8-qdq": staged_qdq, "int8-dynamic": staged_dyn},
                                       val[0], threads=config.threads, runs=_LATENCY_RUNS)
         plan = int8_backend_plan(qdq, dynamic, latency)
+    qdq.get("calibration", {}).pop("cache", None)  # a temp file of the quantizer, gone by now
     names = {os.fspath(staged_qdq): qdq_dst.name, os.fspath(staged_dyn): dyn_dst.name, os.fspath(src): src.name}
     qdq, dynamic, plan = (_renamed(r, names) for r in (qdq, dynamic, plan))
     qdq["backend_plan"] = dynamic["backend_plan"] = plan
     return qdq, dynamic
+
+
+def _check_runs(path: Path, feed: dict[str, np.ndarray], name: str) -> None:
+    """Load and run the converted file itself: fidelity is measured on an FP16-rounding FP32 twin, which would not
+    notice a type error that makes the real file unloadable."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, feed)[0]
+    except Exception as exc:  # ORT raises its own exception types
+        raise ExportError(f"{name}: the converted model does not run in ONNX Runtime ({exc})") from exc
+    if not np.isfinite(out).all():
+        raise ExportError(f"{name}: the converted model gives NaN/inf on a validation sample")
 
 
 @contextlib.contextmanager

@@ -297,6 +297,10 @@ class EmbeddingTower(nn.Module):
             pooled = self.head(hidden, eot_index)
         else:
             weight_dtype = self.head[-1].weight.dtype
-            hidden = self.trunk(self.preprocessor(x.to(weight_dtype)))
+            # Cast only when needed: a traced no-op Cast(to=float) ends up between an FP16-converted input and
+            # the stem Conv and breaks the FP16 model.
+            if x.dtype != weight_dtype:
+                x = x.to(weight_dtype)
+            hidden = self.trunk(self.preprocessor(x))
             pooled = self.head(hidden)
         return F.normalize(pooled, dim=-1)
