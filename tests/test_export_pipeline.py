@@ -182,3 +182,28 @@ def test_unreadable_checkpoint_and_empty_calibration(tmp_path):
                                 precisions=("fp32",)))
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--modalities", "imu",
                  "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_external_data_from_a_quantizer_is_folded_into_the_published_file(tmp_path, calib_dir, monkeypatch):
+    # Quantizers write <staged>.data when their source is over 2 GB (imagebind_huge vision); simulate that here.
+    import edgebind.quantize as quantize
+
+    real = quantize.quantize_dynamic_cpu
+
+    def with_external_data(src, dst, *args, **kwargs):
+        record = real(src, dst, *args, **kwargs)
+        model = onnx.load(str(dst))
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=Path(dst).name + ".data", size_threshold=0)
+        assert Path(str(dst) + ".data").is_file()
+        return record
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_cpu", with_external_data)
+    out = tmp_path / "b"
+    run_export(ExportConfig(random_init=True, modalities=("imu",), precisions=("fp32", "int8"),
+                            calibration=str(calib_dir), out=str(out), measure_latency=False), progress=False)
+    published = out / "imagebind_tiny.imu.int8-dynamic.onnx"
+    assert not list(out.glob("*.data")) and not list(out.glob(".*"))
+    session = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"imu": np.zeros((1, 6, 2000), np.float32)})[0].shape == (1, 64)
+    verify_files(load_manifest(out), out)

@@ -145,7 +145,7 @@ def torch_embeddings(tower: Any, inputs: np.ndarray) -> np.ndarray:
     """The PyTorch tower's output on ``inputs`` (the parity reference)."""
     torch = require("torch", extra="export", purpose="computing the PyTorch reference")
     with torch.inference_mode():
-        return tower(torch.from_numpy(np.ascontiguousarray(inputs))).detach().cpu().numpy().astype(np.float32)
+        return tower(torch.from_numpy(np.array(inputs))).detach().cpu().numpy().astype(np.float32)
 
 
 def compare_embeddings(reference: np.ndarray, candidate: np.ndarray, *, reference_name: str) -> Fidelity:

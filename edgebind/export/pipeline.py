@@ -286,18 +286,33 @@ def _check_runs(path: Path, feed: dict[str, np.ndarray], name: str) -> None:
 def _published_only_if(dst: Path) -> Iterator[Path]:
     """Yield a staging path beside ``dst``; it becomes ``dst`` only if the block finishes without error.
 
-    Derived models stay under 2 GB even for imagebind_huge (vision FP16 is 1.27 GB), so they never carry an
-    external-data file; one appearing means something changed and must not be published half-understood.
+    Quantizers write external data for a source over 2 GB (the imagebind_huge vision tower) even when their output
+    is smaller; such an output is re-saved under ``dst``'s own name, as one file when it fits in 2 GB.
     """
     staging = dst.with_name(f".{dst.name}.staging.onnx")
     _remove_with_data(staging)
+    _remove_with_data(dst.with_name(f".{dst.name}.consolidated.onnx"))
     try:
         yield staging
         if Path(os.fspath(staging) + ".data").exists():
-            raise ExportError(f"{dst.name}: unexpected external-data file; derived models are expected under 2 GB")
+            staging = _consolidate(staging, dst)
         os.replace(staging, dst)
     finally:
-        _remove_with_data(staging)
+        _remove_with_data(dst.with_name(f".{dst.name}.staging.onnx"))
+        _remove_with_data(dst.with_name(f".{dst.name}.consolidated.onnx"))
+
+
+def _consolidate(staging: Path, dst: Path) -> Path:
+    import onnx
+
+    model = onnx.load(os.fspath(staging))  # pulls the external data in
+    out = dst.with_name(f".{dst.name}.consolidated.onnx")
+    if model.ByteSize() < 2**31 - 2**26:
+        onnx.save_model(model, os.fspath(out))
+    else:
+        raise ExportError(f"{dst.name}: over 2 GB after conversion; external data for derived models is not supported")
+    logger.info("%s: external data folded into one file (%.0f MB)", dst.name, out.stat().st_size / 1e6)
+    return out
 
 
 def _remove_with_data(path: Path) -> None:
