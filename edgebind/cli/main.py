@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "labels": "labels",
     "calibrate": "calibrate",
+    "build": "build",
+    "verify": "verify",
+    "info": "info",
 }
 
 

@@ -122,15 +122,36 @@ def save_model(model: Any, dst: str | os.PathLike[str], external_threshold_bytes
     Returns True when external data was written.
     """
     onnx = onnx_module()
-    size = model.ByteSize()
-    external = size > min(int(external_threshold_bytes), PROTOBUF_LIMIT)
+    external = _tensor_bytes(model) > min(int(external_threshold_bytes), PROTOBUF_LIMIT)
     with staged_output(dst) as staged:
+        if not external:
+            try:
+                onnx.save_model(model, os.fspath(staged))
+            except (ValueError, Exception) as exc:  # protobuf's EncodeError: the message is too large after all
+                if "serialize" not in str(exc).lower() and "2GB" not in str(exc):
+                    raise
+                external = True
         if external:
             onnx.save_model(model, os.fspath(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_file_name(dst), size_threshold=1024)
-        else:
-            onnx.save_model(model, os.fspath(staged))
     return external
+
+
+def _tensor_bytes(model: Any) -> int:
+    """Bytes of weights (initializers and Constant values): ``ByteSize()`` is unreliable near protobuf's 2 GB limit."""
+    from onnx import numpy_helper
+
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    total = 0
+    for t in tensors:
+        if t.HasField("raw_data"):
+            total += len(t.raw_data)
+        elif t.data_location == 1:  # EXTERNAL
+            total += int(next((e.value for e in t.external_data if e.key == "length"), 0))
+        else:
+            total += numpy_helper.to_array(t).nbytes
+    return total
 
 
 def op_histogram(model: Any) -> dict[str, int]:
