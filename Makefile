@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 venv: $(STAMP)
 
+# The main job on an offline default: export the tiny model (FP32/FP16/INT8 with measured fidelity), build its
+# engines for this machine, then replay the demo recording (packaged photos, depth, IMU, audio, synthetic thermal)
+# through the runtime and print the recognised labels and the latency table.
 demo: $(STAMP)
-	$(BIN)/edgebind demo
+	$(BIN)/edgebind export --random-init --precision fp32 fp16 int8
+	$(BIN)/edgebind build
+	$(BIN)/edgebind run --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

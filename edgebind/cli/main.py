@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "build": "build",
     "verify": "verify",
     "info": "info",
+    "record": "record",
+    "run": "run",
 }
 
 
