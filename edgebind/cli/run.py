@@ -99,6 +99,12 @@ def _line(result: Any) -> str:
     return " | ".join(parts)
 
 
+def _random_weights(labels: str) -> bool:
+    from ..labels import LabelBank
+
+    return LabelBank.load(labels).weights.startswith("random-init")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..runtime.fusion import FusionConfig
     from ..runtime.pipeline import RunOptions, RuntimeConfig, run_runtime
@@ -142,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             total = sum(top1[stream].values())
             best = ", ".join(f"{label} {n / total:.0%}" for label, n in top1[stream].most_common(3))
             print(f"  {stream:<8} {best}", file=report)
+    if labels and _random_weights(labels):
+        print("NOTE: this bundle has random weights (--random-init): the pipeline runs end to end, "
+              "but the labels above carry no meaning.", file=report)
     print(f"\n{summary['mode']} mode, {summary['metrics']['results']} results"
           f"{' (interrupted)' if summary['interrupted'] else ''}\n{table}", file=report)
     for name, h in summary["health"].items():

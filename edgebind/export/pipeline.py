@@ -84,7 +84,8 @@ class ExportResult:
             for art in tower.artifacts:
                 fid = art.fidelity
                 rows.append({
-                    "tower": modality, "form": art.form, "file": art.file, "size_mb": round(art.size_bytes / 1e6, 2),
+                    "tower": modality, "form": art.form, "file": art.file,
+                    "size_mb": round((art.size_bytes + (art.data_size_bytes or 0)) / 1e6, 2),
                     "mean_cosine": None if fid is None else fid.mean_cosine,
                     "min_cosine": None if fid is None else fid.min_cosine,
                     "top1_agreement": None if fid is None else fid.top1_agreement,
