@@ -51,6 +51,7 @@ def test_export_cli_writes_every_tower_and_precision(exported, capsys):
         forms = {a.form: a for a in tower.artifacts}
         assert set(forms) == {"fp32", "fp16", "int8-qdq", "int8-dynamic"}, m
         assert forms["fp16"].fidelity.mean_cosine >= 0.999
+        assert forms["fp16"].quantization["used_calibration_ranges"], "FP16 must consult calibration ranges"
         assert forms["int8-qdq"].fidelity.mean_cosine >= 0.99 and forms["int8-dynamic"].fidelity.mean_cosine >= 0.99
         assert forms["int8-qdq"].fidelity.reference.startswith("onnxruntime-fp32")
         plan = forms["int8-qdq"].quantization["backend_plan"]

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "info": "info",
     "record": "record",
     "run": "run",
+    "bench": "bench",
 }
 
 

@@ -36,6 +36,8 @@ DEFAULT_CALIBRATION_DIR = Path("calibration") / "default"
 DEFAULT_EXPORT_ROOT = Path("export")
 # Batch-1 feed used for the per-backend INT8 latency decision; enough runs for a stable minimum.
 _LATENCY_RUNS = 10
+# Calibration inputs used to find FP16-overflowing activations (every intermediate tensor is kept per run).
+_RANGE_SAMPLES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +183,7 @@ def _derive(manifest: Manifest, m: Modality, precision: str, config: ExportConfi
 
     val = _feeds(np.asarray(calib.val(m)), tower.input.name)
     if precision == "fp16":
-        record = _fp16(src, out_dir / files["fp16"], val, config, m)
+        record = _fp16(src, out_dir / files["fp16"], val, config, m, calib, tower.input.name)
         tower = tower.with_artifact(_artifact("fp16", "fp16", out_dir / files["fp16"], record, provenance,
                                               ("onnxruntime", "tensorrt"), len(val)))
     else:
@@ -215,11 +217,17 @@ def _current(tower: TowerRecord, form: str, provenance: dict[str, Any], out_dir:
     return all((out_dir / f).is_file() and sha256_file(out_dir / f) == sha for f, sha, _ in found[0].files())
 
 
-def _fp16(src: Path, dst: Path, val: list[dict[str, np.ndarray]], config: ExportConfig, m: Modality) -> dict[str, Any]:
+def _fp16(src: Path, dst: Path, val: list[dict[str, np.ndarray]], config: ExportConfig, m: Modality,
+          calib: Any, input_name: str) -> dict[str, Any]:
     from ..quantize import convert_fp16
 
+    from ..quantize import collect_tensor_ranges
+
+    # Activation ranges on calibration inputs: nodes whose outputs approach the FP16 limit stay FP32.
+    calib_rows = np.asarray(calib.calib(m))[:_RANGE_SAMPLES]
+    ranges = collect_tensor_ranges(src, _feeds(calib_rows, input_name), threads=config.threads)
     with _published_only_if(dst) as staged:
-        record = convert_fp16(src, staged, val_feeds=val)
+        record = convert_fp16(src, staged, calibration_ranges=ranges, val_feeds=val)
         _check_runs(staged, val[0], dst.name)
         fid = record["fidelity"]
         if not fid["mean_cosine"] >= config.fp16_min_mean_cosine:

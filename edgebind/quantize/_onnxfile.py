@@ -125,11 +125,11 @@ def save_model(model: Any, dst: str | os.PathLike[str], external_threshold_bytes
     external = _tensor_bytes(model) > min(int(external_threshold_bytes), PROTOBUF_LIMIT)
     with staged_output(dst) as staged:
         if not external:
+            from google.protobuf.message import EncodeError
+
             try:
                 onnx.save_model(model, os.fspath(staged))
-            except (ValueError, Exception) as exc:  # protobuf's EncodeError: the message is too large after all
-                if "serialize" not in str(exc).lower() and "2GB" not in str(exc):
-                    raise
+            except (EncodeError, ValueError):  # the message is over protobuf's 2 GB after all (Constant-heavy graphs)
                 external = True
         if external:
             onnx.save_model(model, os.fspath(staged), save_as_external_data=True, all_tensors_to_one_file=True,
