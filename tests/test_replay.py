@@ -19,15 +19,12 @@ from edgebind.modality import Modality  # noqa: E402
 from edgebind.runtime.recording import RecordConfig, RecordingWriter, load_index, record  # noqa: E402
 from edgebind.runtime.sources import Sample, SyntheticConfig, SyntheticSource, open_replay  # noqa: E402
 from edgebind.runtime.sources.replay import ReplayClock, open_folder  # noqa: E402
-
+from helpers import wait_for  # noqa: E402
 
 def _wait(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(cond, timeout, what)
+
+
 
 
 def _samples():

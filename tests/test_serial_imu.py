@@ -18,15 +18,8 @@ from edgebind.errors import ConfigError  # noqa: E402
 from edgebind.preprocess.imu import ImuConfig, preprocess_timestamped  # noqa: E402
 from edgebind.runtime.sources import RetryPolicy, SerialImuConfig, SerialImuSource  # noqa: E402
 from edgebind.runtime.sources.serial_imu import LineParser  # noqa: E402
+from helpers import wait_for  # noqa: E402
 
-
-def _wait(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Pty:
@@ -85,32 +78,32 @@ def test_pty_garbage_disconnect_backoff_reconnect(ptys):
     )
     src.start(samples.append)
     try:
-        _wait(lambda: src.health().state == "ok", what="port open")
+        wait_for(lambda: src.health().state == "ok", what="port open")
         # 20 valid lines with every kind of garbage interleaved, plus a comment and a blank line (ignored).
         for i in range(20):
             first.write(_line(i))
             if i % 3 == 0:
                 first.write(GARBAGE[(i // 3) % len(GARBAGE)])
         first.write(b"# a comment line\n\n")
-        _wait(lambda: src.health().samples == 20, what="20 rows")
+        wait_for(lambda: src.health().samples == 20, what="20 rows")
         h = src.health()
         assert (h.samples, h.rejected, h.errors, h.reconnects) == (20, 7, 0, 0)
 
         # Mid-stream disconnect: the pty master goes away; the port path then does not exist for a while.
         first.close()
         port["path"] = "/nonexistent/tty-edgebind-test"
-        _wait(lambda: src.health().errors >= 3, what="failed reconnect attempts")
+        wait_for(lambda: src.health().errors >= 3, what="failed reconnect attempts")
         assert src.health().state == "retrying"
         assert "nonexistent" in (src.health().last_error or "") or "disconnected" in (src.health().last_error or "")
 
         second = ptys()
         port["path"] = second.path
-        _wait(lambda: src.health().reconnects == 1 and src.health().state == "ok", what="reconnect")
+        wait_for(lambda: src.health().reconnects == 1 and src.health().state == "ok", what="reconnect")
         assert src.port_in_use == second.path
         for i in range(20, 60):
             second.write(_line(i))
         second.write(GARBAGE[0])
-        _wait(lambda: src.health().samples == 60, what="rows after reconnect")
+        wait_for(lambda: src.health().samples == 60, what="rows after reconnect")
         h = src.health()
         assert h.rejected == 8 and h.reconnects == 1 and h.clock_jumps == 0
         assert h.errors >= 3  # the read failure plus at least two failed opens
@@ -139,13 +132,13 @@ def test_clock_jump_rejected_then_counts(ptys):
                           retry=RetryPolicy(initial_s=0.02, max_s=0.1))
     src.start(samples.append)
     try:
-        _wait(lambda: src.health().state == "ok", what="port open")
+        wait_for(lambda: src.health().state == "ok", what="port open")
         for i in range(5):
             p.write(_line(i))
         p.write(b"500.0,0,0,9.8,0,0,0\n")  # the device clock jumps 500 s ahead once
         for i in range(5, 10):
             p.write(_line(i))
-        _wait(lambda: src.health().samples == 10, what="rows")
+        wait_for(lambda: src.health().samples == 10, what="rows")
         h = src.health()
         assert (h.clock_jumps, h.rejected) == (1, 1)
     finally:
@@ -168,7 +161,7 @@ def test_stop_is_prompt_while_port_is_silent(ptys):
     p = ptys()
     src = SerialImuSource(SerialImuConfig(stall_timeout_s=None), port=p.path)
     src.start(lambda s: None)
-    _wait(lambda: src.health().state == "ok", what="port open")
+    wait_for(lambda: src.health().state == "ok", what="port open")
     done = threading.Event()
     threading.Thread(target=lambda: (src.stop(timeout=1.0), done.set()), daemon=True).start()
     assert done.wait(2.0), "stop() did not return"

@@ -28,23 +28,16 @@ from edgebind.runtime.sources import (
     stop_all,
     to_celsius,
 )
+from helpers import wait_for
 
 FAST_RETRY = RetryPolicy(initial_s=0.01, max_s=0.05)
 
-
-def _wait(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _run_to_end(src, timeout=5.0):
     out = []
     src.start(out.append)
-    _wait(lambda: src.health().state in ("finished", "failed"), timeout, "end of stream")
+    wait_for(lambda: src.health().state in ("finished", "failed"), timeout, "end of stream")
     src.stop()
     return out
 
@@ -111,7 +104,7 @@ def test_gives_up_after_max_attempts():
 
     src = Broken(SyntheticConfig(), retry=RetryPolicy(initial_s=0.01, max_s=0.01, max_attempts=3))
     src.start(lambda s: None)
-    _wait(lambda: src.health().state == "failed", what="failed state")
+    wait_for(lambda: src.health().state == "failed", what="failed state")
     h = src.health()
     assert h.errors == 3 and h.samples == 0 and "no such device" in h.last_error and not h.healthy
     src.stop()
@@ -130,7 +123,7 @@ def test_one_failing_source_does_not_stop_the_others():
 
     bad.start(sink)
     good.start(sink)
-    _wait(lambda: got["good"] >= 10 and bad.health().errors >= 3, what="good samples while bad retries")
+    wait_for(lambda: got["good"] >= 10 and bad.health().errors >= 3, what="good samples while bad retries")
     assert bad.health().state in ("retrying", "ok")
     assert good.health().state == "ok" and good.health().errors == 0
     stop_all([bad, good], timeout=1.0)
@@ -147,7 +140,7 @@ def test_sink_exception_is_counted_not_fatal():
 
     src = SyntheticSource(SyntheticConfig(count=4, realtime=False))
     src.start(sink)
-    _wait(lambda: src.health().state == "finished")
+    wait_for(lambda: src.health().state == "finished")
     h = src.health()
     assert calls == [0, 1, 2, 3] and h.errors == 1 and "consumer bug" in h.last_error
 
@@ -156,7 +149,7 @@ def test_stop_all_is_prompt_and_idempotent():
     srcs = [SyntheticSource(SyntheticConfig(modality=m, rate_hz=5), name=m) for m in ("vision", "audio", "imu")]
     for s in srcs:
         s.start(lambda s: None)
-    _wait(lambda: all(s.health().samples >= 1 for s in srcs))
+    wait_for(lambda: all(s.health().samples >= 1 for s in srcs))
     done = threading.Event()
     threading.Thread(target=lambda: (stop_all(srcs, timeout=1.0), done.set()), daemon=True).start()
     assert done.wait(2.0)
@@ -230,7 +223,7 @@ def test_camera_device_failure_reconnects_and_rejects_odd_frames():
     src = CameraSource(CameraConfig(target="3", max_read_failures=2), capture_factory=factory, retry=FAST_RETRY)
     out = []
     src.start(out.append)
-    _wait(lambda: src.health().samples >= 6, what="frames after reconnect")
+    wait_for(lambda: src.health().samples >= 6, what="frames after reconnect")
     src.stop()
     h = src.health()
     assert h.rejected == 1 and h.reconnects >= 2 and h.errors >= 2
@@ -246,7 +239,7 @@ def test_thermal_capture_asks_for_y16_and_reports_radiometry():
                         retry=FAST_RETRY)
     out = []
     src.start(out.append)
-    _wait(lambda: src.health().samples >= 2, what="thermal frames")
+    wait_for(lambda: src.health().samples >= 2, what="thermal frames")
     src.stop()
     assert caps[0].props[cv2.CAP_PROP_CONVERT_RGB] == 0
     assert caps[0].props[cv2.CAP_PROP_FOURCC] == cv2.VideoWriter_fourcc(*"Y16 ")
@@ -335,7 +328,7 @@ def test_microphone_resamples_to_16k_and_counts_overflows():
     src = MicrophoneSource(MicrophoneConfig(rate=48000, chunk_s=0.02), stream_factory=FakeAudioStream, retry=FAST_RETRY)
     out = []
     src.start(out.append)
-    _wait(lambda: src.health().errors >= 1, what="fake stream end (treated as disconnect)")
+    wait_for(lambda: src.health().errors >= 1, what="fake stream end (treated as disconnect)")
     src.stop()
     assert src.overflows == 1 and src.health().dropped >= 1
     x = np.concatenate([s.data for s in out])
