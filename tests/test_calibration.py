@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -25,7 +25,7 @@ import numpy as np
 from .. import __version__
 from .._config import ConfigMixin
 from .._io import sha256_file
-from ..bundle.manifest import Artifact, Fidelity, Manifest, TowerRecord, load_manifest, save_manifest
+from ..bundle.manifest import Artifact, Fidelity, Manifest, TowerRecord, save_manifest
 from ..errors import CalibrationError, ConfigError, ExportError
 from ..modality import ALL_MODALITIES, Modality
 
@@ -197,7 +197,7 @@ def _derive(manifest: Manifest, m: Modality, precision: str, config: ExportConfi
 
 
 def _recipe(config: ExportConfig, precision: str) -> dict[str, Any]:
-    from ..quantize import Fp16Config, QuantConfig
+    from ..quantize import Fp16Config
 
     if precision == "fp16":
         return {"fp16": Fp16Config().to_dict(), "min_mean_cosine": config.fp16_min_mean_cosine}

@@ -8,3 +8,9 @@ from .pipeline import DEFAULT_RATES_HZ, Result, RunOptions, Runtime, RuntimeConf
 from .recognition import Event, HysteresisConfig, HysteresisTracker, Recognizer
 from .scheduler import EmbeddingUpdate, Lane
 from .windows import WindowConfig, WindowInput, make_window
+
+__all__ = [
+    "DEFAULT_RATES_HZ", "EmbeddingUpdate", "Event", "FusionConfig", "FusionResult", "HysteresisConfig",
+    "HysteresisTracker", "Lane", "LatencyStats", "Recognizer", "Result", "RunOptions", "Runtime", "RuntimeConfig",
+    "RuntimeMetrics", "WindowConfig", "WindowInput", "format_latency_table", "fuse", "make_window", "run_runtime",
+]
