@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import atomic_write_json, sha256_file
+from ._ort_options import session_options
 from .errors import ConfigError, ManifestError
 from .modality import Modality
 
@@ -193,9 +194,7 @@ def embed_labels(
     tower = manifest.tower(Modality.TEXT)
     artifact = tower.artifact("fp32", "fp32")
     verify_files(manifest, bundle_dir, modalities=[Modality.TEXT])
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options = session_options(ort, threads=threads)
     session = ort.InferenceSession(os.fspath(bundle_dir / artifact.file), options, providers=["CPUExecutionProvider"])
     tokens = tokenize([template.format(label) for label in labels])
     rows = [session.run(None, {tower.input.name: tokens[i : i + 64]})[0] for i in range(0, len(tokens), 64)]

@@ -318,3 +318,23 @@ def test_cache_keys_never_mix(tiny_bundle):
     assert len(keys) == len(tower.artifacts) * (2 + 2 + 1)  # TensorRT EP keys ignore the ORT graph level
     fp32 = tower.artifact("fp32")
     assert cache_key("vision", fp32, "cpu", OrtConfig()) == f"vision.fp32.{fp32.sha256[:16]}.cpu.all"
+
+
+def test_sessions_do_not_spin_wait_unless_asked(monkeypatch, tiny_bundle, tmp_path):
+    from edgebind import _ort_options
+
+    options = _ort_options.session_options(ort, threads=2, level="basic")
+    assert options.get_session_config_entry(_ort_options.SPIN_KEY) == "0"
+    assert options.intra_op_num_threads == 2
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    spinning = _ort_options.session_options(ort, spin_wait=True)
+    assert spinning.get_session_config_entry(_ort_options.SPIN_KEY) == "1"
+
+    seen = []
+    real = _ort_options.session_options
+    monkeypatch.setattr("edgebind.engines.ort_engine.session_options",
+                        lambda *a, **k: seen.append(k["spin_wait"]) or real(*a, **k))
+    for spin in (False, True):
+        open_engine(tiny_bundle, "depth", backend="onnxruntime", engines_root=tmp_path / f"e{spin}",
+                    config=OrtConfig(threads=1, spin_wait=spin)).close()
+    assert seen == [False, True]

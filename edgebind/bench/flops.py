@@ -39,7 +39,9 @@ _INT8_OPS = {"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "Dy
              "MatMulIntegerToFloat"}
 _MATMUL_OPS = {"MatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 _CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}
-_COUNTED = _MATMUL_OPS | _CONV_OPS | {"Gemm"}
+# ORT's fused attention (the int8-dynamic form): in-projection GEMM + the Q.K^T / P.V core in one node.
+_ATTENTION_OPS = {"Attention", "QAttention"}
+_COUNTED = _MATMUL_OPS | _CONV_OPS | _ATTENTION_OPS | {"Gemm"}
 _PASS_THROUGH = {"DequantizeLinear", "Transpose", "Cast", "Identity", "Reshape", "Unsqueeze"}
 # Operand positions of the two multiplied tensors per op (QLinear* interleave scales/zero points).
 _OPERANDS = {"QLinearMatMul": (0, 3), "QLinearConv": (0, 3)}
@@ -109,6 +111,37 @@ def _node_flops(node: Any, shapes: dict[str, list[Any]]) -> int | None:
     return 2 * math.prod(out) * math.prod(w[1:])  # type: ignore[index]
 
 
+def _attention_flops(node: Any, shapes: dict[str, list[Any]]) -> tuple[int, int] | None:
+    """(in-projection, attention core) FLOPs of an Attention / QAttention node; None when unsized."""
+    x, weight, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+    past_index = 4  # QAttention nodes arrive as their Attention shape proxies (see _shape_proxy)
+    past = shapes.get(node.input[past_index]) if len(node.input) > past_index and node.input[past_index] else None
+    if not (_known(x) and _known(weight) and _known(out)) or len(x) != 3 or (past is not None and not _known(past)):
+        return None
+    batch, seq, width = x  # type: ignore[misc]
+    hidden = out[-1]  # type: ignore[index]
+    keys = seq + (past[3] if past is not None else 0)  # type: ignore[index]
+    return 2 * batch * seq * width * weight[1], 2 * 2 * batch * seq * keys * hidden  # type: ignore[index]
+
+
+def _shape_proxy(model: Any) -> Any:
+    """A copy whose QAttention nodes read as Attention (same output shapes; ORT's symbolic inference knows only
+    the latter)."""
+    from onnx import helper
+
+    proxy = type(model)()
+    proxy.CopyFrom(model)
+    for i, node in enumerate(proxy.graph.node):
+        if node.op_type == "QAttention":
+            inputs = list(node.input[:3]) + ["", node.input[8] if len(node.input) > 8 else ""]
+            while inputs and not inputs[-1]:
+                inputs.pop()
+            heads = next(a.i for a in node.attribute if a.name == "num_heads")
+            proxy.graph.node[i].CopyFrom(helper.make_node("Attention", inputs, list(node.output), name=node.name,
+                                                          domain="com.microsoft", num_heads=heads))
+    return proxy
+
+
 def _detach_external(model: Any) -> None:
     """Turn initializers whose data lives in an external file into typed graph inputs.
 
@@ -174,7 +207,8 @@ def count_flops(path: str | os.PathLike[str], *, batch: int = 1) -> dict[str, An
     weights = {init.name for init in model.graph.initializer}
     _fix_batch(model, batch)
     _detach_external(model)
-    inferred, method = _infer(model)
+    quantized_attention = {n.name for n in model.graph.node if n.op_type == "QAttention"}
+    inferred, method = _infer(_shape_proxy(model))
     shapes, elem = _shape_table(inferred)
     graph = _Graph(inferred, weights)
     by_kind: dict[str, float] = {}
@@ -185,6 +219,21 @@ def count_flops(path: str | os.PathLike[str], *, batch: int = 1) -> dict[str, An
     total = 0
     for node in inferred.graph.node:
         if node.op_type not in _COUNTED:
+            continue
+        if node.op_type in _ATTENTION_OPS:
+            op_type = "QAttention" if node.name in quantized_attention else node.op_type
+            parts = _attention_flops(node, shapes)
+            if parts is None:
+                unresolved.append(node.name or node.op_type)
+                continue
+            precision = "int8" if op_type == "QAttention" else "fp32"
+            for kind, prec, flops in (("linear", precision, parts[0]), ("attention", "fp32", parts[1])):
+                total += flops
+                by_kind[kind] = by_kind.get(kind, 0.0) + flops
+                by_precision[prec] = by_precision.get(prec, 0.0) + flops
+                by_op[op_type] = by_op.get(op_type, 0.0) + flops
+            if precision != "int8":
+                float_linear.append({"node": node.name, "op": op_type, "gflops": parts[0] / 1e9})
             continue
         flops = _node_flops(node, shapes)
         if flops is None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .._config import ConfigMixin
 from .._lazy import require
+from .._ort_options import session_options
 from ..errors import ConfigError
 from .timing import StopPolicy, interleave, summarize
 
@@ -96,11 +97,7 @@ def build_int8_dynamic(fp32_path: str | os.PathLike[str], dst: str | os.PathLike
 
 
 def _session(ort: Any, path: Path, threads: int) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(ort, threads=threads)
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 

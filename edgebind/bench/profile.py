@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from .._lazy import require
+from .._ort_options import session_options
 
 logger = logging.getLogger(__name__)
 
 INT8_GEMM_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
                  "QLinearConv", "QGemm"}
-FLOAT_GEMM_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Conv", "FusedConv", "Attention",
-                  "MultiHeadAttention"}
+FLOAT_GEMM_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Conv", "FusedConv"}
+# ORT's fused attention: in-projection (INT8 in QAttention) plus the float Q.K^T, softmax and P.V in one kernel.
+FUSED_ATTENTION_OPS = {"Attention", "QAttention", "MultiHeadAttention"}
 QUANT_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLSTM"}
 
 
@@ -34,6 +36,8 @@ def _category(op: str) -> str:
         return "int8_gemm"
     if op in FLOAT_GEMM_OPS:
         return "float_gemm"
+    if op in FUSED_ATTENTION_OPS:
+        return "fused_attention"
     if op in QUANT_OPS:
         return "quantize"
     return "other"
@@ -73,11 +77,7 @@ def profile_onnx(path: str | os.PathLike[str], feed: dict[str, np.ndarray], *, t
     """Run ``path`` ``runs`` times with ORT's profiler on (CPU EP, full optimisation) and summarise it."""
     ort = require("onnxruntime", purpose="profiling a session")
     with tempfile.TemporaryDirectory(prefix="edgebind-prof-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = session_options(ort, threads=threads)
         options.enable_profiling = True
         options.profile_file_prefix = os.fspath(Path(tmp) / "ort")
         session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])

@@ -38,6 +38,7 @@ import numpy as np
 from .._config import ConfigMixin
 from .._io import _current_umask, atomic_write_json
 from .._lazy import require
+from .._ort_options import GRAPH_LEVELS, session_options
 from ..bundle.manifest import Artifact, TowerRecord
 from ..errors import ConfigError, EngineError
 from ..modality import Modality
@@ -49,8 +50,6 @@ logger = logging.getLogger(__name__)
 Provider = Literal["cpu", "cuda", "tensorrt"]
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 BACKEND_OF = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "tensorrt": "onnxruntime-tensorrt"}
-GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                "all": "ORT_ENABLE_ALL"}
 SIDECAR = "ort_cache.json"
 OPTIMIZED = "optimized.onnx"
 _EXTERNAL_DATA_MIN_BYTES = 1 << 30  # write the optimised model's weights to a side file above this size
@@ -73,6 +72,8 @@ class OrtConfig(ConfigMixin):
     trt_*: TensorRT EP settings; ``trt_int8_with_fp16`` lets layers left in float by the Q/DQ
     model run in FP16 (else FP32, which usually makes INT8 slower than plain FP16).
     batch_profile: (min, opt, max) batch of the TensorRT EP's optimisation profile.
+    spin_wait: let intra-op threads busy-wait between runs (ORT's own default). Off because several
+    towers (or other processes) share the cores; see ``edgebind._ort_options`` for the measurement.
     """
 
     threads: int | None = None
@@ -87,6 +88,7 @@ class OrtConfig(ConfigMixin):
     trt_layer_norm_fp32_fallback: bool = True
     batch_profile: tuple[int, int, int] = (1, 1, 8)
     log_severity_level: int = 3
+    spin_wait: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -248,12 +250,8 @@ class OrtEngine(Engine):
 
 
 def _session_options(ort: Any, config: OrtConfig, level: str) -> Any:
-    options = ort.SessionOptions()
-    if config.threads:
-        options.intra_op_num_threads = config.threads
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
-    options.log_severity_level = config.log_severity_level
-    return options
+    return session_options(ort, threads=config.threads, level=level, spin_wait=config.spin_wait,
+                           log_severity_level=config.log_severity_level)
 
 
 def _create(ort: Any, path: Path, options: Any, providers: list[tuple[str, dict[str, Any]]]) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._lazy import require
+from .._ort_options import session_options
 from ..bundle.manifest import Fidelity, TensorSpec
 from ..errors import ConfigError, ExportError
 from ..fidelity import compare_embeddings as _compare
@@ -121,9 +122,7 @@ def check_sample_inputs(x: Any, spec: TensorSpec) -> np.ndarray:
 def onnxruntime_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
     """An ORT CPU ``InferenceSession`` on ``path``; ExportError if ORT cannot load the model."""
     ort = require("onnxruntime", extra="export", purpose="checking exported models")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options = session_options(ort, threads=threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped exceptions

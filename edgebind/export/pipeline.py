@@ -187,7 +187,8 @@ def _derive(manifest: Manifest, m: Modality, precision: str, config: ExportConfi
         tower = tower.with_artifact(_artifact("fp16", "fp16", out_dir / files["fp16"], record, provenance,
                                               ("onnxruntime", "tensorrt"), len(val)))
     else:
-        qdq, dynamic = _int8(src, out_dir, files, tower.input.name, calib, val, config, m, progress)
+        heads = manifest.model_config.get(f"{m.value}_num_heads")
+        qdq, dynamic = _int8(src, out_dir, files, tower.input.name, calib, val, config, m, progress, heads)
         tower = tower.with_artifact(_artifact("int8", "int8-qdq", out_dir / files["int8-qdq"], qdq, provenance,
                                               ("tensorrt", "onnxruntime-tensorrt"), len(val)))
         tower = tower.with_artifact(_artifact("int8", "int8-dynamic", out_dir / files["int8-dynamic"], dynamic,
@@ -240,7 +241,7 @@ def _fp16(src: Path, dst: Path, val: list[dict[str, np.ndarray]], config: Export
 
 def _int8(src: Path, out_dir: Path, files: dict[str, str], input_name: str, calib: Any,
           val: list[dict[str, np.ndarray]], config: ExportConfig, m: Modality,
-          progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+          progress: bool, num_heads: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     from ..quantize import int8_backend_plan, quantize_dynamic_cpu, quantize_with_fallback
     from ..quantize.latency import compare_latency
 
@@ -259,7 +260,7 @@ def _int8(src: Path, out_dir: Path, files: dict[str, str], input_name: str, cali
                 f"nothing was written for {qdq_dst.name}. Calibrate on more representative data "
                 "(edgebind calibrate --from DIR) or lower --int8-min-cosine knowingly."
             )
-        dynamic = quantize_dynamic_cpu(src, staged_dyn, qconfig, val_feeds=val)
+        dynamic = quantize_dynamic_cpu(src, staged_dyn, qconfig, val_feeds=val, num_heads=num_heads)
         if not dynamic["fidelity"]["mean_cosine"] >= qconfig.min_mean_cosine:
             raise ExportError(
                 f"{m.value} INT8 dynamic: mean cosine {dynamic['fidelity']['mean_cosine']:.5f} is below "
@@ -282,8 +283,10 @@ def _check_runs(path: Path, feed: dict[str, np.ndarray], name: str) -> None:
     notice a type error that makes the real file unloadable."""
     import onnxruntime as ort
 
+    from .._ort_options import session_options
+
     try:
-        session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(os.fspath(path), session_options(ort), providers=["CPUExecutionProvider"])
         out = session.run(None, feed)[0]
     except Exception as exc:  # ORT raises its own exception types
         raise ExportError(f"{name}: the converted model does not run in ONNX Runtime ({exc})") from exc

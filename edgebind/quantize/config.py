@@ -77,6 +77,10 @@ class QuantConfig(ConfigMixin):
     (attention Q.K^T and P.V); off by default because the softmax output loses most of its
     resolution in symmetric INT8. ``preprocess`` runs ``quant_pre_process`` first.
 
+    Dynamic (CPU): ``dynamic_op_types`` get INT8 weights; with ``fuse_attention`` each self-attention
+    block is first fused into ORT's ``Attention`` op (quantized to ``QAttention``; see
+    ``edgebind.quantize.attention_fusion``), when the tower's head count is known.
+
     Fallback (``quantize_with_fallback``): while mean cosine < ``min_mean_cosine`` (or min cosine
     < ``min_min_cosine`` when set), the ``first_k * growth**round`` most sensitive quantized nodes
     return to float, for at most ``max_rounds`` rounds. ``sensitivity_samples`` caps the number of
@@ -93,6 +97,7 @@ class QuantConfig(ConfigMixin):
     preprocess: bool = False
     dynamic_op_types: tuple[str, ...] = DEFAULT_DYNAMIC_OP_TYPES
     dynamic_per_channel: bool = True
+    fuse_attention: bool = True
     min_mean_cosine: float = 0.99
     min_min_cosine: Optional[float] = None
     max_rounds: int = 6

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from .._ort_options import session_options
 from ..errors import ConfigError, EngineError
 from ..fidelity import compare_embeddings
 from .emulate import fp16_emulation_model
@@ -18,10 +19,7 @@ from .reader import model_input_names, normalize_feeds
 
 def make_session(path: str | os.PathLike[str], threads: int = 2) -> ort.InferenceSession:
     """A CPU ``InferenceSession`` with ``threads`` intra-op threads and full graph optimisation."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(ort, threads=threads)
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several unrelated exception types for bad models

@@ -34,6 +34,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 
 from ..errors import CalibrationError, ConfigError, ExportError
 from ._onnxfile import check_source, file_record, load_model, model_size_bytes, onnx_module, op_histogram, staged_output
+from .attention_fusion import fused_copy
 from .config import QuantConfig
 from .fidelity import fidelity_of
 from .reader import FeedReader
@@ -300,12 +301,15 @@ def quantize_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 
 def quantize_dynamic_cpu(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                          config: QuantConfig | None = None, *, nodes_to_exclude: Iterable[str] = (),
-                         val_feeds: Sequence[Any] | None = None) -> dict[str, Any]:
+                         val_feeds: Sequence[Any] | None = None, num_heads: int | None = None) -> dict[str, Any]:
     """Dynamic INT8 for ONNX Runtime's CPU backend: INT8 weights of ``config.dynamic_op_types``,
     activations quantized per run (no calibration). Returns the record, with ``fidelity`` against
     ``src`` when ``val_feeds`` are given. Nodes in ``config.nodes_to_exclude`` plus
     ``nodes_to_exclude`` stay float: pass the Q/DQ fallback's ``nodes_returned_to_float`` to give
     this form the same protection (it has the same outlier weakness, with no fallback loop of its own).
+    ``num_heads`` (the tower's attention heads) with ``config.fuse_attention``: fuse each attention
+    block into ORT's Attention op first, quantized to QAttention (blocks whose in-projection is
+    excluded stay as they are); the record's ``attention_fusion`` says what was fused.
 
     The Conv stems stay float by default: on the imagebind_huge depth tower ConvInteger changed
     neither the cosine (0.99959 vs 0.99956) nor made it faster (33.6 vs 30.9 ms min, 2 threads).
@@ -316,16 +320,26 @@ def quantize_dynamic_cpu(src: str | os.PathLike[str], dst: str | os.PathLike[str
     t0 = time.perf_counter()
     external = model_size_bytes(src) > _EXTERNAL_DATA_ABOVE
     excluded = sorted(set(config.nodes_to_exclude) | set(nodes_to_exclude))
-    with staged_output(dst) as staged, quiet_preprocess_hint():
+    op_types = list(config.dynamic_op_types)
+    fusion = None
+    with contextlib.ExitStack() as stack:
+        source = src
+        if config.fuse_attention and num_heads:
+            source, fusion = stack.enter_context(fused_copy(src, num_heads, set(excluded)))
+            if fusion["fused"]:
+                op_types.append("Attention")
+        staged = stack.enter_context(staged_output(dst))
+        stack.enter_context(quiet_preprocess_hint())
         try:
             quantize_dynamic(
-                os.fspath(src), os.fspath(staged),
-                op_types_to_quantize=list(config.dynamic_op_types),
+                os.fspath(source), os.fspath(staged),
+                op_types_to_quantize=op_types,
                 per_channel=config.dynamic_per_channel,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
                 use_external_data_format=external,
-                extra_options={"MatMulConstBOnly": True},
+                # DefaultTensorType: shape inference cannot type the outputs of contrib ops (fused Attention).
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx_module().TensorProto.FLOAT},
             )
         except Exception as exc:
             raise ExportError(f"{src}: INT8 dynamic quantization failed ({type(exc).__name__}: {exc})") from exc
@@ -337,10 +351,11 @@ def quantize_dynamic_cpu(src: str | os.PathLike[str], dst: str | os.PathLike[str
         "source": os.fspath(src),
         "artifact": file_record(dst),
         "config": config.to_dict(),
-        "op_types": list(config.dynamic_op_types),
+        "op_types": op_types,
+        "attention_fusion": fusion,
         "nodes_excluded": excluded,
         "integer_ops": {k: v for k, v in ops.items() if k in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
-                                                           "DynamicQuantizeMatMul")},
+                                                           "DynamicQuantizeMatMul", "QAttention")},
         "ops": ops,
         "seconds": round(elapsed, 3),
         "onnxruntime_version": ort.__version__,

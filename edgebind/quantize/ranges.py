@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnxruntime as ort
 
+from .._ort_options import session_options
 from ._onnxfile import check_source, load_model, onnx_module, uses_external_data
 from .reader import model_input_names, normalize_feeds
 
@@ -48,9 +49,7 @@ def collect_tensor_ranges(model_path: str | os.PathLike[str], feeds: Iterable[An
     for name in wanted:
         if name not in existing:
             graph_only.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = session_options(ort, threads=threads, level="disable")
     temp_path: Path | None = None
     try:
         if uses_external_data(graph_only):

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnxruntime as ort
 
+from .._ort_options import session_options
 from ._onnxfile import load_model, onnx_module, uses_external_data
 from .reader import model_input_names, normalize_feeds
 
@@ -116,10 +117,8 @@ def activation_noise(qdq_path: str | os.PathLike[str], feeds: Iterable[Any], op_
         model_arg: Any = aug_path
     else:
         aug_path, model_arg = None, graph_only.SerializeToString()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
     # Optimisation would fold the Q/DQ pairs into integer kernels and hide the tensors we read.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = session_options(ort, threads=threads, level="disable")
     try:
         session = ort.InferenceSession(model_arg, options, providers=["CPUExecutionProvider"])
         signal = dict.fromkeys(pairs, 0.0)
