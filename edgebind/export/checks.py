@@ -165,7 +165,7 @@ def compare_embeddings(reference: np.ndarray, candidate: np.ndarray, *, referenc
 
 
 def check_parity(
-    tower: Any,
+    tower: Any | np.ndarray,
     path: str | os.PathLike[str],
     input_spec: TensorSpec,
     inputs: np.ndarray,
@@ -173,11 +173,12 @@ def check_parity(
     max_abs_diff: float = FP32_MAX_ABS_DIFF,
     min_cosine: float = FP32_MIN_COSINE,
 ) -> Fidelity:
-    """Compare ORT on the exported file against the PyTorch tower; ExportError past the tolerances.
+    """Compare ORT on the exported file against the PyTorch tower (or its outputs on ``inputs``, computed
+    earlier so that the tower's weights need not stay in memory beside ORT's); ExportError past the tolerances.
 
     Also runs a single row on its own, which proves that the batch dimension really is dynamic.
     """
-    reference = torch_embeddings(tower, inputs)
+    reference = tower if isinstance(tower, np.ndarray) else torch_embeddings(tower, inputs)
     session = onnxruntime_session(path)
     exported = run_onnxruntime(session, {input_spec.name: inputs})
     fidelity = compare_embeddings(reference, exported, reference_name="torch-fp32")

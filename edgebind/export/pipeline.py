@@ -145,8 +145,15 @@ def _open_calibration(config: ExportConfig, modalities: Sequence[Modality]) -> A
         return CalibrationSet.open(config.calibration)
     # The default set doubles as the source of real parity samples for the FP32 export, so it is used even
     # for fp32-only exports; building it needs the dev extra's sample packages.
+    # Keep the modalities the default set already has: rebuilding it for a subset would delete the others'
+    # shards, and the next export of those towers would build them again.
+    wanted = {m.value for m in modalities}
     try:
-        build_default_set(DEFAULT_CALIBRATION_DIR, modalities=[m.value for m in modalities])
+        wanted |= {m.value for m in CalibrationSet.open(DEFAULT_CALIBRATION_DIR).modalities}
+    except Exception:  # noqa: BLE001 - absent or unreadable: built from scratch below
+        pass
+    try:
+        build_default_set(DEFAULT_CALIBRATION_DIR, modalities=sorted(wanted))
     except ImportError as exc:
         if set(config.precisions) != {"fp32"}:
             raise CalibrationError(

@@ -12,6 +12,7 @@ CPU kernels do run in INT8 (VNNI on x86, dot-product on ARM). See ``backends.int
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -123,6 +124,10 @@ def calibrate(model_path: str | os.PathLike[str], reader: CalibrationDataReader 
             use_external_data_format=model_size_bytes(model_path) > _EXTERNAL_DATA_ABOVE,
             extra_options=_calibrator_options(config),
         )
+        # The calibrator keeps its augmented FP32 model proto after opening the session on it, and collecting
+        # ranges reads only the session: dropping the proto frees one copy of the weights (2.5 GB for vision).
+        calibrator.model = None
+        gc.collect()
         chatter = io.StringIO()  # ORT's histogram calibrators print progress to stdout
         try:
             with contextlib.redirect_stdout(chatter):
