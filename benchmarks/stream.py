@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads per engine (default: ORT's)")
     parser.add_argument("--no-labels", action="store_true", help="skip zero-shot recognition (label bank)")
+    parser.add_argument("--modalities", help="comma-separated streams to replay (default: all with a tower)")
+    parser.add_argument("--name", default=None, help="result file name (default: stream or stream-<precision>)")
     parser.add_argument("--workdir", help="where the demo recording is built "
                         "(default: benchmarks/results/raw/recordings)")
     parser.add_argument("--out", help="results folder (default: benchmarks/results/<model>)")
@@ -35,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     config = StreamConfig(bundle=args.bundle, recording=args.recording, demo_seconds=args.seconds,
                           workdir=args.workdir or str(RAW / "recordings"), precision=args.precision,
-                          backend=args.backend, threads=args.threads, labels=not args.no_labels)
+                          backend=args.backend, threads=args.threads, labels=not args.no_labels,
+                          modalities=tuple(args.modalities.split(",")) if args.modalities else None)
     result = run_stream(config)
-    name = "stream" if args.precision == "auto" else f"stream-{args.precision}"
+    name = args.name or ("stream" if args.precision == "auto" else f"stream-{args.precision}")
     done(write_outputs(args.out or RESULTS / result["model"], name, result, stream_markdown(result)))
     return 0
 

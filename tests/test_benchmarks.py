@@ -223,3 +223,13 @@ def test_stream_script_smoke(tiny_bundle, tmp_path):
         assert all(_positive(r[k]) for k in ("latency_p50_ms", "latency_p99_ms", "engine_mean_ms")), r
         assert 0.0 <= r["overhead_fraction"] <= 1.0 and r["dropped"] >= 0
     assert result["overhead"]["target"] == 0.05 and "overhead" in (tmp_path / "stream.md").read_text().lower()
+
+
+def test_stream_script_replays_only_the_named_modalities(tiny_bundle, tmp_path):
+    pytest.importorskip("cv2", reason="OpenCV (sensors extra) encodes the demo recording's video")
+    _script("stream.py", str(tiny_bundle), "--seconds", "2", "--threads", "1", "--out", str(tmp_path),
+            "--workdir", str(tmp_path / "recordings"), "--modalities", "depth,thermal", "--name", "subset")
+    result = _strict_json(tmp_path / "subset.json")
+    assert result["config"]["modalities"] == ["depth", "thermal"]
+    assert {r["modality"] for r in result["modalities"]} == {"depth", "thermal"}
+    assert all(r["windows"] > 0 for r in result["modalities"])

@@ -38,7 +38,8 @@ OVERHEAD_TARGET = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class StreamConfig(ConfigMixin):
-    """What to replay and how. ``recording=None`` builds the demo recording (``demo_seconds`` long) in ``workdir``."""
+    """What to replay and how. ``recording=None`` builds the demo recording (``demo_seconds`` long) in ``workdir``.
+    ``modalities``: replay only these streams (None: every stream that has a tower)."""
 
     bundle: str
     recording: str | None = None
@@ -50,6 +51,7 @@ class StreamConfig(ConfigMixin):
     duration_s: float | None = None
     labels: bool = True
     speed: float = 1.0
+    modalities: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.demo_seconds <= 120.0:
@@ -110,7 +112,8 @@ def run_stream(config: StreamConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgebind-stream-") as tmp:
         recording, rec_info = _recording(config, Path(tmp))
         sources = open_replay(recording, realtime=True, speed=config.speed)
-        sources = [s for s in sources if s.modality in manifest.towers]
+        sources = [s for s in sources if s.modality in manifest.towers
+                   and (config.modalities is None or s.modality.value in config.modalities)]
         if not sources:
             raise ConfigError(f"{recording}: no stream matches a tower of {config.bundle} ({sorted(manifest.towers)})")
         labels = None

@@ -7,7 +7,10 @@ for audio the hop); a lane that ran more than a period late restarts its cadence
 bursting to catch up. Two drivers:
 
 - **live** (:class:`LaneWorker`): one daemon thread per lane on the ``time.monotonic()`` clock. Sources
-  only push into windows, never wait for an engine. Under overload the newest data wins: a frame that
+  only push into windows, never wait for an engine. A due lane runs on the first data that arrives at or
+  after its due time (waiting at most ``fresh_wait_s``, default one period), not on data that was already
+  waiting: with 10 Hz IMU chunks and a 2 Hz lane, running at the due time embedded a chunk 0-100 ms old
+  (capture-to-embedding 85 ms mean for a 36 ms engine on imagebind_huge); on arrival it is the engine time. Under overload the newest data wins: a frame that
   is replaced after its slot came counts as ``stale``, an audio/IMU hop that is never computed as a
   skipped hop; nothing queues up, so memory is bounded by the windows.
 - **deterministic** (:meth:`Lane.offer`): the sample's own data time is the clock and the lane runs
@@ -170,10 +173,12 @@ class Lane:
 class LaneWorker:
     """Live driver: a daemon thread that steps one lane on the monotonic clock (see the module docstring)."""
 
-    def __init__(self, lane: Lane, emit: Callable[[EmbeddingUpdate], None], *, poll_s: float = 0.05) -> None:
+    def __init__(self, lane: Lane, emit: Callable[[EmbeddingUpdate], None], *, poll_s: float = 0.05,
+                 fresh_wait_s: float | None = None) -> None:
         self.lane = lane
         self.emit = emit
         self.poll_s = poll_s
+        self.fresh_wait_s = lane.period_s if fresh_wait_s is None else max(0.0, fresh_wait_s)
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"edgebind-lane-{lane.modality}", daemon=True)
@@ -206,6 +211,12 @@ class LaneWorker:
                 continue
             if now < lane.next_due:
                 self._stop.wait(min(lane.next_due - now, self.poll_s))
+                continue
+            waited = now - lane.next_due
+            if lane.window.last_arrival < lane.next_due and waited < self.fresh_wait_s:
+                # Due, but the newest data predates the slot: the next push is fresher (see the module docstring).
+                with self._wake:
+                    self._wake.wait(min(self.fresh_wait_s - waited, self.poll_s))
                 continue
             self.busy = True
             try:

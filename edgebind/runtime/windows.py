@@ -170,6 +170,11 @@ class Window(abc.ABC):
         return self._version != self._taken
 
     @property
+    def last_arrival(self) -> float:
+        """``time.monotonic()`` of the newest accepted push (0.0 before the first)."""
+        return self._last_arrival
+
+    @property
     @abc.abstractmethod
     def ready(self) -> bool:
         """True once enough data is buffered for a first input."""
