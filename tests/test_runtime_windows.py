@@ -243,3 +243,43 @@ def test_lane_keeps_its_cadence_on_the_data_clock():
     assert runs == list(range(0, 60, 2))  # 10 fps at 5 Hz: every second frame, no drift from 0.2 + 0.2 + ...
     assert (lane.window.decimated, lane.window.stale) == (29, 0) and lane.window.has_new  # frame 59 still held
     assert lane.metrics.windows == 30 and lane.metrics.latency.count == 30
+
+
+def test_live_lane_embeds_the_data_that_arrives_after_its_slot():
+    """A frame that arrived before the lane's slot is replaced by the next one when it comes within the wait limit;
+    when nothing comes (a stream that ended), the held frame is embedded after at most the limit."""
+    import time
+
+    from edgebind.runtime.scheduler import LaneWorker
+
+    lane = Lane("vision", FrameWindow(Modality.VISION, image.ImageConfig(size=32, crop_size=32)), _SumEngine(), 2.0)
+    done = []
+    worker = LaneWorker(lane, done.append, poll_s=0.01)
+    worker.start()
+    imgs = frames(4)
+    t0 = time.monotonic()
+
+    def push(i):
+        lane.push(sample("vision", imgs[i], i, time.monotonic()), time.monotonic())
+        worker.notify()
+
+    try:
+        push(0)  # runs at once; the next slot is 0.5 s later
+        while len(done) < 1 and time.monotonic() - t0 < 2:
+            time.sleep(0.005)
+        time.sleep(0.3 - (time.monotonic() - t0))
+        push(1)  # before the slot
+        time.sleep(0.6 - (time.monotonic() - t0))
+        push(2)  # after the slot: fresher, and embedded instead of frame 1
+        while len(done) < 2 and time.monotonic() - t0 < 3:
+            time.sleep(0.005)
+        assert [u.seq for u in done] == [0, 2]
+        assert done[1].latency_s < 0.2
+        push(3)  # before the next slot, and nothing follows
+        while len(done) < 3 and time.monotonic() - t0 < 5:
+            time.sleep(0.005)
+        assert [u.seq for u in done] == [0, 2, 3]
+        assert done[2].latency_s < lane.period_s + 1.5 * 0.3 + 0.3  # the slot wait + at most the limit (+ slack)
+    finally:
+        worker.request_stop()
+        worker.join(2.0)

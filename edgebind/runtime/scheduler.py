@@ -8,8 +8,9 @@ bursting to catch up. Two drivers:
 
 - **live** (:class:`LaneWorker`): one daemon thread per lane on the ``time.monotonic()`` clock. Sources
   only push into windows, never wait for an engine. A due lane runs on the first data that arrives at or
-  after its due time (waiting at most ``fresh_wait_s``, default one period), not on data that was already
-  waiting: with 10 Hz IMU chunks and a 2 Hz lane, running at the due time embedded a chunk 0-100 ms old
+  after its due time (waiting at most ``fresh_wait_s``, default one period, and no longer than 1.5 of the
+  source's mean time between pushes, so a stream that ended or stalled costs one push interval), not on
+  data that was already waiting: with 10 Hz IMU chunks and a 2 Hz lane, running at the due time embedded a chunk 0-100 ms old
   (capture-to-embedding 85 ms mean for a 36 ms engine on imagebind_huge); on arrival it is the engine time. Under overload the newest data wins: a frame that
   is replaced after its slot came counts as ``stale``, an audio/IMU hop that is never computed as a
   skipped hop; nothing queues up, so memory is bounded by the windows.
@@ -213,10 +214,12 @@ class LaneWorker:
                 self._stop.wait(min(lane.next_due - now, self.poll_s))
                 continue
             waited = now - lane.next_due
-            if lane.window.last_arrival < lane.next_due and waited < self.fresh_wait_s:
+            interval = lane.window.arrival_interval
+            limit = self.fresh_wait_s if interval is None else min(self.fresh_wait_s, 1.5 * interval)
+            if lane.window.last_arrival < lane.next_due and waited < limit:
                 # Due, but the newest data predates the slot: the next push is fresher (see the module docstring).
                 with self._wake:
-                    self._wake.wait(min(self.fresh_wait_s - waited, self.poll_s))
+                    self._wake.wait(min(limit - waited, self.poll_s))
                 continue
             self.busy = True
             try:

@@ -134,6 +134,7 @@ class Window(abc.ABC):
         self.due_at = -math.inf
         """Set by the scheduler: data newer than this is due for embedding (it splits stale/decimated)."""
         self._last_arrival = 0.0
+        self._arrival_interval: float | None = None  # running mean of the time between pushes
         self._last_seq = -1
         self._last_source = ""
 
@@ -153,6 +154,10 @@ class Window(abc.ABC):
             self._store(prepared, sample, t)
             self._version += 1
             self.pushed += 1
+            if self._last_arrival > 0.0:
+                gap = arrival - self._last_arrival
+                prev = self._arrival_interval
+                self._arrival_interval = gap if prev is None else 0.8 * prev + 0.2 * gap
             self._last_arrival = arrival
             self._last_seq = int(sample.seq)
             self._last_source = str(sample.source)
@@ -173,6 +178,11 @@ class Window(abc.ABC):
     def last_arrival(self) -> float:
         """``time.monotonic()`` of the newest accepted push (0.0 before the first)."""
         return self._last_arrival
+
+    @property
+    def arrival_interval(self) -> float | None:
+        """Running mean of the seconds between accepted pushes (None before the second)."""
+        return self._arrival_interval
 
     @property
     @abc.abstractmethod
