@@ -96,17 +96,20 @@ def _run_model(bundle: Path, rates: dict[str, float] | None, args: argparse.Name
         stream = run_stream(StreamConfig(bundle=str(bundle), demo_seconds=5.0 if args.quick else args.stream_seconds,
                                          workdir=str(args.results / "raw" / "recordings")))
         write_outputs(out, "stream", stream, stream_markdown(stream))
-        keys = ("modality", "latency_p50_ms", "latency_p99_ms", "dropped", "overhead_fraction")
-        summary["stream"] = {"overhead": stream["overhead"], "cpu": stream["cpu"],
-                             "modalities": [{k: r[k] for k in keys} for r in stream["modalities"]]}
+        summary["stream"] = _stream_summary(stream)
         if model == "imagebind_huge":
             subset = run_stream(StreamConfig(bundle=str(bundle), demo_seconds=args.stream_seconds,
                                              workdir=str(args.results / "raw" / "recordings"),
                                              modalities=SUSTAINABLE_STREAMS))
             write_outputs(out, "stream-no-vision", subset, stream_markdown(subset))
-            summary["stream_no_vision"] = {"overhead": subset["overhead"], "cpu": subset["cpu"],
-                                           "modalities": [{k: r[k] for k in keys} for r in subset["modalities"]]}
+            summary["stream_no_vision"] = _stream_summary(subset)
     return summary
+
+
+def _stream_summary(stream: dict[str, Any]) -> dict[str, Any]:
+    keys = ("modality", "latency_p50_ms", "latency_p99_ms", "dropped", "overhead_fraction")
+    return {"overhead": stream["overhead"], "cpu": stream["cpu"],
+            "modalities": [{k: r[k] for k in keys} for r in stream["modalities"]]}
 
 
 def _readme_section(env: dict[str, Any], peak: dict | None, models: list[dict[str, Any]], fidelity: dict | None,

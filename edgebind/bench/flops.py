@@ -114,7 +114,7 @@ def _node_flops(node: Any, shapes: dict[str, list[Any]]) -> int | None:
 def _attention_flops(node: Any, shapes: dict[str, list[Any]]) -> tuple[int, int] | None:
     """(in-projection, attention core) FLOPs of an Attention / QAttention node; None when unsized."""
     x, weight, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
-    past_index = 4  # QAttention nodes arrive as their Attention shape proxies (see _shape_proxy)
+    past_index = 4  # QAttention nodes arrive rewritten as Attention (see _qattention_as_attention)
     past = shapes.get(node.input[past_index]) if len(node.input) > past_index and node.input[past_index] else None
     if not (_known(x) and _known(weight) and _known(out)) or len(x) != 3 or (past is not None and not _known(past)):
         return None
@@ -124,22 +124,22 @@ def _attention_flops(node: Any, shapes: dict[str, list[Any]]) -> tuple[int, int]
     return 2 * batch * seq * width * weight[1], 2 * 2 * batch * seq * keys * hidden  # type: ignore[index]
 
 
-def _shape_proxy(model: Any) -> Any:
-    """A copy whose QAttention nodes read as Attention (same output shapes; ORT's symbolic inference knows only
-    the latter)."""
+def _qattention_as_attention(model: Any) -> set[str]:
+    """Rewrite QAttention nodes as Attention in place (same output shapes; ORT's symbolic inference knows only
+    the latter); returns their names."""
     from onnx import helper
 
-    proxy = type(model)()
-    proxy.CopyFrom(model)
-    for i, node in enumerate(proxy.graph.node):
+    renamed = set()
+    for i, node in enumerate(model.graph.node):
         if node.op_type == "QAttention":
             inputs = list(node.input[:3]) + ["", node.input[8] if len(node.input) > 8 else ""]
             while inputs and not inputs[-1]:
                 inputs.pop()
             heads = next(a.i for a in node.attribute if a.name == "num_heads")
-            proxy.graph.node[i].CopyFrom(helper.make_node("Attention", inputs, list(node.output), name=node.name,
+            renamed.add(node.name)
+            model.graph.node[i].CopyFrom(helper.make_node("Attention", inputs, list(node.output), name=node.name,
                                                           domain="com.microsoft", num_heads=heads))
-    return proxy
+    return renamed
 
 
 def _detach_external(model: Any) -> None:
@@ -207,8 +207,8 @@ def count_flops(path: str | os.PathLike[str], *, batch: int = 1) -> dict[str, An
     weights = {init.name for init in model.graph.initializer}
     _fix_batch(model, batch)
     _detach_external(model)
-    quantized_attention = {n.name for n in model.graph.node if n.op_type == "QAttention"}
-    inferred, method = _infer(_shape_proxy(model))
+    quantized_attention = _qattention_as_attention(model)  # the model was loaded for this count only
+    inferred, method = _infer(model)
     shapes, elem = _shape_table(inferred)
     graph = _Graph(inferred, weights)
     by_kind: dict[str, float] = {}

@@ -59,9 +59,9 @@ class _Graph:
     """Producer/consumer/constant lookups over one ONNX graph."""
 
     def __init__(self, model: Any, base_dir: Path | None):
-        self.model = model
         self.graph = model.graph
         self.base_dir = base_dir
+        self._values: dict[str, np.ndarray | None] = {}
         self.inits = {t.name: t for t in self.graph.initializer}
         self.producer: dict[str, Any] = {}
         self.consumers: dict[str, list[Any]] = {}
@@ -72,7 +72,12 @@ class _Graph:
                 self.consumers.setdefault(name, []).append(node)
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer, a Constant or an Identity of one."""
+        """The value of ``name`` if it is an initializer, a Constant or an Identity of one (read once)."""
+        if name not in self._values:
+            self._values[name] = self._read_const(name)
+        return self._values[name]
+
+    def _read_const(self, name: str) -> np.ndarray | None:
         from onnx import numpy_helper
 
         seen = 0
@@ -115,7 +120,6 @@ class _Graph:
 class _Block:
     x: str
     weight: str
-    bias: np.ndarray | None
     bias_name: str | None
     out: str                 # the head-merged attention output (input A of the out-projection)
     scale: float
@@ -138,9 +142,9 @@ def _walk_to_inproj(g: _Graph, start: str) -> tuple[Any | None, list[Any], list[
         if node is None:
             return None, path, consts
         if node.op_type == "MatMul":
-            found = node if found is None or found is node else None
-            if found is None:
+            if found is not None and found is not node:
                 return None, path, consts
+            found = node
             continue
         if node.op_type not in _PATH_OPS:
             return None, path, consts
@@ -153,6 +157,13 @@ def _walk_to_inproj(g: _Graph, start: str) -> tuple[Any | None, list[Any], list[
     return found, path, consts
 
 
+def _scale_of(g: _Graph, node: Any) -> np.ndarray | None:
+    """The float constant a Mul/Div node applies, else None."""
+    if node.op_type not in ("Mul", "Div"):
+        return None
+    return next((v for v in map(g.const, node.input) if v is not None and v.dtype.kind == "f"), None)
+
+
 def _match(g: _Graph, softmax: Any, num_heads: int) -> _Block | str:
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
@@ -163,7 +174,7 @@ def _match(g: _Graph, softmax: Any, num_heads: int) -> _Block | str:
     scores = g.producer.get(softmax.input[0])
     causal = False
     if scores is not None and scores.op_type == "Add":
-        mask = next((g.const(i) for i in scores.input if g.const(i) is not None), None)
+        mask = next((v for v in map(g.const, scores.input) if v is not None), None)
         qk = next((g.producer.get(i) for i in scores.input if g.const(i) is None), None)
         if mask is None or mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
             return "attention mask is not a constant square matrix"
@@ -188,21 +199,14 @@ def _match(g: _Graph, softmax: Any, num_heads: int) -> _Block | str:
         return f"width {dim} is not divisible by {num_heads} heads"
     head_dim = dim // num_heads
     # The bias Add right after the in-projection is part of every path; take its constant.
-    bias, bias_name = None, None
+    bias_name = None
     after = g.only_consumer(inproj.output[0])
     if after is not None and after.op_type == "Add":
-        for inp in after.input:
-            value = g.const(inp)
-            if value is not None and value.shape == (3 * dim,):
-                bias, bias_name = value.astype(np.float32), inp
-    scales = [float(g.const(i)) for n in found[0][1] if n.op_type in ("Mul", "Div") for i in n.input
-              if g.const(i) is not None and g.const(i).size == 1 and g.const(i).dtype.kind == "f"]
-    scale_ops = [n for n in found[0][1] if n.op_type in ("Mul", "Div") and any(
-        g.const(i) is not None and g.const(i).dtype.kind == "f" for i in n.input)]
-    if len(scales) != 1 or len(scale_ops) != 1 or scale_ops[0].op_type != "Mul":
+        bias_name = next((i for i in after.input if (v := g.const(i)) is not None and v.shape == (3 * dim,)), None)
+    q_scaling = [n for n in found[0][1] if _scale_of(g, n) is not None]
+    if len(q_scaling) != 1 or q_scaling[0].op_type != "Mul" or _scale_of(g, q_scaling[0]).size != 1:
         return "no single q-side scale Mul"
-    if any(n.op_type in ("Mul", "Div") and any(g.const(i) is not None and g.const(i).dtype.kind == "f" for i in n.input)
-           for f in found[1:] for n in f[1]):
+    if any(_scale_of(g, n) is not None for f in found[1:] for n in f[1]):
         return "k or v is scaled"
     bias_k = next(iter(found[1][2]), None)
     bias_v = next(iter(found[2][2]), None)
@@ -222,8 +226,8 @@ def _match(g: _Graph, softmax: Any, num_heads: int) -> _Block | str:
         return "merged heads do not feed the out-projection"
     if g.const_shape(users[0].input[1]) != (dim, dim):
         return "out-projection weight is not [D, D]"
-    return _Block(x=inproj.input[0], weight=inproj.input[1], bias=bias, bias_name=bias_name, out=reshape.output[0],
-                  scale=scales[0], causal=causal, bias_k=bias_k, bias_v=bias_v, dim=dim,
+    return _Block(x=inproj.input[0], weight=inproj.input[1], bias_name=bias_name, out=reshape.output[0],
+                  scale=float(_scale_of(g, q_scaling[0])), causal=causal, bias_k=bias_k, bias_v=bias_v, dim=dim,
                   inproj_name=inproj.name)
 
 

@@ -8,10 +8,11 @@ bursting to catch up. Two drivers:
 
 - **live** (:class:`LaneWorker`): one daemon thread per lane on the ``time.monotonic()`` clock. Sources
   only push into windows, never wait for an engine. A due lane runs on the first data that arrives at or
-  after its due time (waiting at most ``fresh_wait_s``, default one period, and no longer than 1.5 of the
-  source's mean time between pushes, so a stream that ended or stalled costs one push interval), not on
-  data that was already waiting: with 10 Hz IMU chunks and a 2 Hz lane, running at the due time embedded a chunk 0-100 ms old
-  (capture-to-embedding 85 ms mean for a 36 ms engine on imagebind_huge); on arrival it is the engine time. Under overload the newest data wins: a frame that
+  after its due time, not on data that was already waiting (it waits at most ``fresh_wait_s``, default
+  one period, and at most 1.5x the source's mean time between pushes, so a stream that ended or stalled
+  costs one push interval). With 10 Hz IMU chunks and a 2 Hz lane, running at the due time embedded a
+  chunk 0-100 ms old (capture-to-embedding 85 ms mean for a 36 ms engine on imagebind_huge); on arrival
+  it is the engine time. Under overload the newest data wins: a frame that
   is replaced after its slot came counts as ``stale``, an audio/IMU hop that is never computed as a
   skipped hop; nothing queues up, so memory is bounded by the windows.
 - **deterministic** (:meth:`Lane.offer`): the sample's own data time is the clock and the lane runs

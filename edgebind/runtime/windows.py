@@ -134,7 +134,7 @@ class Window(abc.ABC):
         self.due_at = -math.inf
         """Set by the scheduler: data newer than this is due for embedding (it splits stale/decimated)."""
         self._last_arrival = 0.0
-        self._arrival_interval: float | None = None  # running mean of the time between pushes
+        self._arrival_interval: float | None = None  # exponential mean of the time between pushes
         self._last_seq = -1
         self._last_source = ""
 
@@ -181,7 +181,8 @@ class Window(abc.ABC):
 
     @property
     def arrival_interval(self) -> float | None:
-        """Running mean of the seconds between accepted pushes (None before the second)."""
+        """Exponential mean (weight 0.2 on the newest) of the seconds between accepted pushes (None before the
+        second)."""
         return self._arrival_interval
 
     @property
